@@ -20,7 +20,7 @@ import devtools
 
 # Scenarios run by default, in order. centos7 needs the centos:7 image from a
 # registry, which these machines cannot reach; run it by name where you can.
-DEFAULT_SCENARIOS = ["default", "libkmsp11"]
+DEFAULT_SCENARIOS = ["default", "libkmsp11", "tls", "pkcs11"]
 
 
 def run(cmd, env, **kwargs):
