@@ -9,7 +9,7 @@ ROLES = Path(__file__).resolve().parents[2] / "roles"
 ROLE_NAMES = sorted(p.name for p in ROLES.iterdir() if (p / "meta" / "argument_specs.yml").exists())
 
 # Collection-wide settings that roles accept but do not default (undefined means "not used").
-SHARED_OPTIONS = {"kmstls_mirror_url"}
+SHARED_OPTIONS = {"kmstls_mirror_url", "kmstls_image_build"}
 
 
 def load(path):
