@@ -164,14 +164,26 @@ def build(version, mirror, workdir):
     return tag, elapsed
 
 
+def install_debootstrap(images):
+    """Install debootstrap from Debian's packages when running as root on Debian."""
+    needed = "build-images: debootstrap is needed to build %s" % ", ".join(images)
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        sys.exit(needed + "; install it (apt-get install debootstrap) and run this again")
+    log("installing debootstrap from Debian's packages")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "debootstrap"]):
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit("%s; `%s` failed:\n%s" % (needed, " ".join(cmd), result.stderr.strip()[-2000:]))
+
+
 def build_all(versions):
     """Build (or keep) the images of the given Debian versions; exit on failure."""
     if shutil.which("docker") is None:
         sys.exit("build-images: docker is not installed or not on PATH")
     missing = [v for v in versions if image_digest("%s:%s" % (IMAGE_REPO, v)) is None]
     if missing and shutil.which("debootstrap") is None:
-        sys.exit("build-images: debootstrap is needed to build %s (apt-get install debootstrap)"
-                 % ", ".join("%s:%s" % (IMAGE_REPO, v) for v in missing))
+        install_debootstrap(["%s:%s" % (IMAGE_REPO, v) for v in missing])
     mirror = debian_mirror()
     workdir = Path(os.environ.get("KMSTLS_IMAGE_WORKDIR", "/var/tmp/kmstls-images"))
     workdir.mkdir(parents=True, exist_ok=True)
