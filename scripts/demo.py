@@ -10,6 +10,10 @@ the upstream archives on 127.0.0.1, starts the container `kmstls-demo`
 (systemd inside, port 443 published on 127.0.0.1:8443) and runs the real
 playbooks/site.yml against it with inventory/demo. A second run changes
 nothing and is quick.
+
+Environment: KMSTLS_DEMO_CONTAINER and KMSTLS_DEMO_PORT name another
+container and port (default kmstls-demo, 8443); KMSTLS_ARTIFACTS points at
+the upstream archives (default ../shared/artifacts).
 """
 
 import argparse
@@ -157,6 +161,10 @@ def up():
     status = stages.run("check the result", show)
     stages.summary()
     devtools.say("playbook recap for %s: %s" % (CONTAINER, recap))
+    if status != 0:
+        print("demo: FAILED: the check above found a problem (see its output); the container "
+              "stays for inspection: docker exec -it %s bash" % CONTAINER, file=sys.stderr)
+        return status
     devtools.say("try it: curl -k https://127.0.0.1:%d/   remove it: python3 scripts/demo.py down"
                  % PORT)
     return status
@@ -173,7 +181,8 @@ def down():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", nargs="?", choices=["up", "down"], default="up")
     args = parser.parse_args()
     return up() if args.action == "up" else down()

@@ -2,8 +2,8 @@
 """Run the project's whole test suite on a fresh machine with Docker.
 
 Sets up .venv, builds the local Debian images, seeds and serves the local
-mirror on 127.0.0.1, then runs yamllint, ansible-lint, the unit tests and
-the Molecule scenarios, and prints the time of each stage.
+mirror on 127.0.0.1, then runs yamllint, ansible-lint, the unit tests, the
+Molecule scenarios and the demo, and prints the time of each stage.
 
     python3 scripts/test.py                    # everything, as CI does
     python3 scripts/test.py --scenario default # one Molecule scenario
@@ -12,20 +12,70 @@ the Molecule scenarios, and prints the time of each stage.
 
 import argparse
 import os
+import re
 import subprocess
 import sys
+import time
 
 import build_images
 import devtools
 
 # Scenarios run by default, in order. centos7 needs the centos:7 image from a
 # registry, which these machines cannot reach; run it by name where you can.
-DEFAULT_SCENARIOS = ["default", "libkmsp11", "tls", "pkcs11"]
+# "demo" is not a Molecule scenario: it runs scripts/demo.py as a user would.
+DEFAULT_SCENARIOS = ["default", "libkmsp11", "tls", "pkcs11", "faults", "image", "fleet", "demo"]
 
 
 def run(cmd, env, **kwargs):
     print("$ " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, env=env, cwd=devtools.ROOT, **kwargs).returncode
+
+
+def run_tee(cmd, env):
+    """Run a command, streaming its output, and return (exit status, output)."""
+    print("$ " + " ".join(cmd), flush=True)
+    lines = []
+    with subprocess.Popen(cmd, env=env, cwd=devtools.ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            lines.append(line)
+    sys.stdout.flush()
+    return proc.returncode, "".join(lines)
+
+
+def demo(env):
+    """The README's main command as a user runs it: up, up again, down.
+
+    Uses its own container name and port, so a user's demo is left alone.
+    """
+    env = dict(env, KMSTLS_DEMO_CONTAINER="kmstls-test-demo", KMSTLS_DEMO_PORT="18443")
+    demo_cmd = [sys.executable, "scripts/demo.py"]
+    problems = []
+    try:
+        for attempt in ("first", "second"):
+            started = time.monotonic()
+            status, output = run_tee(demo_cmd, env)
+            elapsed = time.monotonic() - started
+            print("demo: %s run took %.0f s (exit %d)" % (attempt, elapsed, status), flush=True)
+            if status != 0:
+                problems.append("the %s run exited %d" % (attempt, status))
+                break
+            for needed in ("-> 200 OK", "built with OpenSSL 1.1.1w",
+                           "no private key file on the host"):
+                if needed not in output:
+                    problems.append("the %s run did not print %r" % (attempt, needed))
+            recap = re.search(r"playbook recap for \S+: (.*)", output)
+            if attempt == "second" and not (recap and re.search(r"\bchanged=0\b", recap.group(1))):
+                problems.append("the second run changed something: %s"
+                                % (recap.group(1) if recap else "no recap"))
+    finally:
+        status, _ = run_tee(demo_cmd + ["down"], env)
+        if status != 0:
+            problems.append("demo.py down exited %d" % status)
+    for problem in problems:
+        print("demo: " + problem, flush=True)
+    return 1 if problems else 0
 
 
 def main():
@@ -69,6 +119,9 @@ def main():
             "KMSTLS_LIBP11_ENGINE_SRC": extra.get("libp11_engine_src", ""),
         })
         for scenario in scenarios:
+            if scenario == "demo":
+                record("demo: up, up again with no change, down", stages.run("demo", demo, env))
+                continue
             name = "molecule %s -s %s" % (args.molecule_command, scenario)
             record(name, stages.run(name, run, ["molecule", args.molecule_command, "-s", scenario], env))
 

@@ -18,7 +18,8 @@ def test_built_collection_has_no_tests_or_molecule_files(tmp_path):
     assert "playbooks/site.yml" in names
     assert "meta/runtime.yml" in names
     leaked = [n for n in names if n.split("/")[0] in
-              ("molecule", "tests", "scripts", ".ci", ".venv", ".cache", ".collections", ".git")]
+              ("molecule", "tests", "scripts", ".ci", ".venv", ".cache", ".collections", ".git",
+               "inventory", "ansible.cfg")]
     assert not leaked, leaked
 
 
