@@ -32,7 +32,7 @@ import devtools
 # otherwise (the test suite runs its own demo beside a user's).
 INVENTORY_HOST = "kmstls-demo"
 CONTAINER = os.environ.get("KMSTLS_DEMO_CONTAINER", INVENTORY_HOST)
-PORT = int(os.environ.get("KMSTLS_DEMO_PORT", "8443"))
+PORT = os.environ.get("KMSTLS_DEMO_PORT", "8443")
 IMAGE = build_images.IMAGE_REPO + ":12"
 INVENTORY = devtools.ROOT / "inventory" / "demo"
 
@@ -180,7 +180,17 @@ def down():
     return 0
 
 
+def check_port():
+    """Turn KMSTLS_DEMO_PORT into a port number, or stop before anything is set up."""
+    global PORT
+    if not (str(PORT).isdigit() and 1 <= int(PORT) <= 65535):
+        fail("KMSTLS_DEMO_PORT is %r; give a TCP port number from 1 to 65535. Nothing was "
+             "changed." % PORT)
+    PORT = int(PORT)
+
+
 def main():
+    check_port()
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", nargs="?", choices=["up", "down"], default="up")

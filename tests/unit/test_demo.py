@@ -43,3 +43,9 @@ def test_demo_rejects_an_unknown_action(tmp_path):
     result = run_demo(tmp_path, {}, "sideways")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_demo_refuses_a_port_that_is_not_a_number(tmp_path):
+    result = run_demo(tmp_path, {"KMSTLS_DEMO_PORT": "abc"})
+    assert result.returncode == 2
+    assert "KMSTLS_DEMO_PORT" in result.stderr and "Traceback" not in result.stderr
