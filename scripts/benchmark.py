@@ -369,12 +369,23 @@ def summary_rows(data):
     return rows
 
 
+def _section(data, key, title):
+    """Start a report section: its heading, and the results under data[key].
+
+    A figure that was not measured gets the reason instead (see _skipped).
+    """
+    out = ["## " + title, ""]
+    results = data.get(key)
+    if not results:
+        out += [_skipped(key.replace("figure", ""), data) or "Not measured.", ""]
+    return out, results
+
+
 def _figure1(data):
-    out = ["## 1. Fresh converge against raw compile", ""]
-    f1 = data.get("figure1")
-    skipped = _skipped("1", data)
+    out, f1 = _section(data, "figure1", "1. Fresh converge against raw compile")
     if not f1:
-        return out + [skipped or "Not measured.", ""]
+        return out
+    skipped = _skipped("1", data)
     out += [
         "`ansible-playbook playbooks/build.yml` on a fresh Debian %s container (one host), "
         "against the same configure, compile and install commands run by hand with `docker exec` "
@@ -430,10 +441,9 @@ def _figure1(data):
 
 
 def _figure2(data):
-    out = ["## 2. Second converge", ""]
-    f2 = data.get("figure2")
+    out, f2 = _section(data, "figure2", "2. Second converge")
     if not f2:
-        return out + [_skipped("2", data) or "Not measured.", ""]
+        return out
     out += ["The same host again, nothing to do. Wall time of `ansible-playbook` and the "
             "`changed` count of its recap, median of %d runs." % f2["runs"], "",
             "| playbook | runs (s) | median | changed per run | goal |", "|---|---|---|---|---|"]
@@ -452,10 +462,9 @@ def _figure2(data):
 
 
 def _figure3(data):
-    out = ["## 3. Deploy from a prebuilt bundle against compiling on the node", ""]
-    f3 = data.get("figure3")
+    out, f3 = _section(data, "figure3", "3. Deploy from a prebuilt bundle against compiling on the node")
     if not f3:
-        return out + [_skipped("3", data) or "Not measured.", ""]
+        return out
     out += [f3["how"], "",
             "| | |", "|---|---|",
             "| pack the bundle on the built host (`playbooks/bundle.yml`, once per platform) | %s |"
@@ -467,10 +476,9 @@ def _figure3(data):
 
 
 def _figure4(data):
-    out = ["## 4. TLS handshakes per second: key in the token against a PEM file", ""]
-    f4 = data.get("figure4")
+    out, f4 = _section(data, "figure4", "4. TLS handshakes per second: key in the token against a PEM file")
     if not f4:
-        return out + [_skipped("4", data) or "Not measured.", ""]
+        return out
     out += [
         "The same nginx binary and configuration (as the role wrote it: %s workers, TLS 1.2 and "
         "1.3, session cache and tickets on) serves each key type twice in the same container: from "
@@ -498,10 +506,9 @@ def _figure4(data):
 
 
 def _figure5(data):
-    out = ["## 5. Signing calls in the token per 1,000 requests", ""]
-    f5 = data.get("figure5")
+    out, f5 = _section(data, "figure5", "5. Signing calls in the token per 1,000 requests")
     if not f5:
-        return out + [_skipped("5", data) or "Not measured.", ""]
+        return out
     out += [
         "%d clients make %d HTTPS requests each to the EC server block, each on a new TCP "
         "connection (`Connection: close`), offering the TLS session of their previous "
@@ -521,10 +528,9 @@ def _figure5(data):
 
 
 def _figure6(data):
-    out = ["## 6. Reload", ""]
-    f6 = data.get("figure6")
+    out, f6 = _section(data, "figure6", "6. Reload")
     if not f6:
-        return out + [_skipped("6", data) or "Not measured.", ""]
+        return out
     out += [
         "From the reload command to the first successful full handshake served by a new "
         "worker, recognised by `pid=` in the access log (the role's log format); a probe "
@@ -554,10 +560,9 @@ def _figure6(data):
 
 
 def _figure_load(data):
-    out = ["## Constant-rate load", ""]
-    load = data.get("load")
+    out, load = _section(data, "load", "Constant-rate load")
     if not load:
-        return out + [_skipped("load", data) or "Not measured.", ""]
+        return out
     lat, hs = load["latency_ms"], load.get("handshake_ms") or {}
     out += [
         "`scripts/loadgen.py` from the machine to the container for %d s at %s requests a "
